@@ -53,7 +53,7 @@ def read_records(path) -> Iterator[tuple[int, object]]:
         for number, raw in enumerate(handle, start=1):
             text = _decode(raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw)
             if isinstance(text, InvalidRecord) or text.strip():
-                yield number, text if isinstance(text, InvalidRecord) else _parse_json(text)
+                yield number, text if isinstance(text, InvalidRecord) else _parse_json(text.rstrip("\r\n"))
 
 
 def _decode(raw: bytes) -> str | InvalidRecord:

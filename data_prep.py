@@ -25,10 +25,11 @@ from conversations import read_conversations
 
 IGNORE_INDEX = -100
 # For tokenizers that ship no chat template (GPT-2 and other base models). Headers end in a newline so
-# that a turn's first token never merges with its header.
+# that a turn's first token never merges with its header; newlines after a tag must be written as
+# expressions, since transformers renders templates with trim_blocks.
 FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] | capitalize }}:\n{{ message['content'] }}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n\n{% endfor %}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}Assistant:\n{% endif %}"
 )
 ROW_FEATURES = datasets.Features({
@@ -173,6 +174,11 @@ def _file_stamps(paths) -> list[str]:
     return [f"{p}:{Path(p).stat().st_size}:{Path(p).stat().st_mtime_ns}" for p in paths]
 
 
+def _has_content(path) -> bool:
+    with open(path, "rb") as handle:
+        return any(line.strip(b" \t\r\n\xef\xbb\xbf[]") for line in handle)
+
+
 def _rows(paths, input_format, system_prompt, field_map, stamps):
     yield from read_conversations(paths, input_format, system_prompt, field_map)
 
@@ -182,13 +188,13 @@ def tokenized_rows(paths, data_args: DataArguments, tokenizer) -> datasets.Datas
     for path in paths:
         if not Path(path).is_file():
             raise SystemExit(f"{path}: no such file")
+        if not _has_content(path):
+            raise SystemExit(f"{path}: no records (empty input)")
     rows = datasets.Dataset.from_generator(
         _rows, features=ROW_FEATURES,
         gen_kwargs={"paths": list(paths), "input_format": data_args.input_format,
                     "system_prompt": data_args.system_prompt,
                     "field_map": data_args.field_mapping(), "stamps": _file_stamps(paths)})
-    if len(rows) == 0:
-        raise SystemExit(f"{', '.join(paths)}: no records (empty input)")
     return rows.map(_tokenize_rows, batched=True, batch_size=256, num_proc=data_args.num_proc,
                     fn_kwargs={"tokenizer": tokenizer, "train_on": data_args.train_on,
                                "max_length": data_args.max_length},
