@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 
 import yaml
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_MODEL = str(REPO / "models" / "SmolLM2-135M-Instruct")
@@ -77,6 +77,29 @@ class PrepArguments:
     output_dir: str | None = field(
         default=None, metadata={"help": "Where the dataset and report.json go. Default: data/prepared/<first file>."})
     show: int = field(default=0, metadata={"help": "Print this many examples with the trained tokens marked."})
+
+
+@dataclass
+class ChatTrainingArguments(TrainingArguments):
+    """TrainingArguments plus the few knobs chattune adds (as TRL's SFTConfig does)."""
+
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without a better eval_loss "
+                                        "(needs load_best_model_at_end and matching eval/save strategies)."})
+
+    def __post_init__(self):
+        # TrainingArguments accepts bf16 without an accelerator only with use_cpu; on a machine without
+        # one, a recipe's bf16 means CPU autocast, so the same recipe runs on a laptop and on a GPU.
+        if (self.bf16 or self.fp16) and not _has_accelerator():
+            self.use_cpu = True
+        super().__post_init__()
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) or \
+        torch.backends.mps.is_available()
 
 
 def _recipe_argv(path: str, parser: HfArgumentParser) -> list[str]:

@@ -107,6 +107,14 @@ def encode(tokenizer, messages, train_on: str = "all") -> dict:
     return {"input_ids": input_ids, "labels": labels, "turn_ends": turn_ends}
 
 
+def turn_end_token_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant turn: the eos and the last trained token of a rendered reply."""
+    probe = [{"role": "user", "content": "Hi", "weight": 0}, {"role": "assistant", "content": "Hello", "weight": 1}]
+    trained = [label for label in encode(tokenizer, probe)["labels"] if label != IGNORE_INDEX]
+    closing = trained[-1] if trained[-1] in tokenizer.all_special_ids else tokenizer.eos_token_id
+    return sorted({tokenizer.eos_token_id, closing})
+
+
 def _token_index_by_char(offsets, count: int) -> dict[int, int]:
     index = {}
     for i, (start, _) in enumerate(offsets):
