@@ -88,9 +88,9 @@ class ChatTrainingArguments(TrainingArguments):
                                         "(needs load_best_model_at_end and matching eval/save strategies)."})
 
     def __post_init__(self):
-        # TrainingArguments accepts bf16 without an accelerator only with use_cpu; on a machine without
-        # one, a recipe's bf16 means CPU autocast, so the same recipe runs on a laptop and on a GPU.
-        if (self.bf16 or self.fp16) and not _has_accelerator():
+        # Without an accelerator, say so: TrainingArguments then accepts bf16 (as CPU autocast), and
+        # several processes become a gloo process group instead of independent runs.
+        if not _has_accelerator():
             self.use_cpu = True
         super().__post_init__()
 

@@ -64,19 +64,20 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Ch
     """Prepare data, evaluate the base model, train, evaluate again and save; returns all metrics."""
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     dataset, report = load_splits(data_args, tokenizer, training_args)
-    trainer = build_trainer(model_args, data_args, training_args, tokenizer, dataset)
-    output_dir = Path(training_args.output_dir)
-    metrics = {}
     has_eval = "validation" in dataset
     resume = _resume_value(training_args.resume_from_checkpoint)
-    if has_eval and not resume:
-        metrics.update(trainer.evaluate(metric_key_prefix="base_eval"))
-        trainer.save_metrics("base_eval", {k: v for k, v in metrics.items()})
+    # The untrained model is evaluated inside train() (eval_on_start), after Trainer has wrapped the
+    # model: an evaluate() call before train() leaves DDP ranks without gradient synchronisation.
+    training_args.eval_on_start = has_eval and not resume
+    trainer = build_trainer(model_args, data_args, training_args, tokenizer, dataset)
+    output_dir = Path(training_args.output_dir)
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
-    trainer.save_metrics("train", train_result.metrics)
-    metrics.update(train_result.metrics)
+    metrics = dict(train_result.metrics)
+    if training_args.eval_on_start:
+        metrics["base_eval_loss"] = next(e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e)
+    trainer.save_metrics("train", metrics)
     if has_eval:
         eval_metrics = trainer.evaluate()
         trainer.save_metrics("eval", eval_metrics)
