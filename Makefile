@@ -32,6 +32,13 @@ data: setup data/$(RECIPE)/train.jsonl
 
 train: data
 	$(PY) train.py recipes/$(RECIPE)/$(VARIANT).yaml --output_dir $(OUTPUT) $(ARGS)
+	$(PY) evaluate_model.py $(OUTPUT)
+
+eval: setup
+	$(PY) evaluate_model.py $(OUTPUT) $(ARGS)
+
+chat: setup
+	$(PY) chat.py $(OUTPUT) $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -87,6 +87,12 @@ class ChatTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Stop after this many evaluations without a better eval_loss "
                                         "(needs load_best_model_at_end and matching eval/save strategies)."})
 
+    padding_free: bool = field(
+        default=True, metadata={"help": "Concatenate each batch into one row without padding, attention kept "
+                                        "per example, LM head only at trained positions. False: pad the batch."})
+    prediction_loss_only: bool = field(
+        default=True, metadata={"help": "Evaluation keeps only the loss (no logits are gathered)."})
+
     def __post_init__(self):
         # Without an accelerator, say so: TrainingArguments then accepts bf16 (as CPU autocast), and
         # several processes become a gloo process group instead of independent runs.

@@ -139,17 +139,22 @@ def encode_within(tokenizer, messages, train_on: str, max_length: int) -> tuple[
     encoded = encode(tokenizer, messages, train_on)
     if len(encoded["input_ids"]) <= max_length:
         return encoded, None, 0
-    system = list(messages[:1]) if messages[0]["role"] == "system" else []
-    body = messages[len(system):]
-    exchanges = len(body) // 2
+    exchanges = sum(m["role"] == "user" for m in messages)
     # Turn ends give each later exchange's start, so skip straight to the first that could fit.
     excess = len(encoded["input_ids"]) - max_length
     dropped = next((k for k, end in enumerate(encoded["turn_ends"], start=1) if end >= excess), exchanges)
     for dropped in range(max(dropped, 1), exchanges):
-        encoded = encode(tokenizer, system + list(body[2 * dropped:]), train_on)
+        encoded = encode(tokenizer, drop_oldest_exchanges(messages, dropped), train_on)
         if len(encoded["input_ids"]) <= max_length:
             return encoded, "dropped_oldest_turns", dropped
     return None, "final_turn_too_long", exchanges - 1
+
+
+def drop_oldest_exchanges(messages, count: int) -> list:
+    """The conversation without its `count` oldest user turns and their replies; a system message stays."""
+    system = list(messages[:1]) if messages and messages[0]["role"] == "system" else []
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    return system + list(messages[users[count]:]) if count < len(users) else system
 
 
 def _tokenize_rows(batch: dict, tokenizer, train_on: str, max_length: int) -> dict:
@@ -308,6 +313,7 @@ class PaddingCollator:
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    padding_side: str = "right"
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(e["input_ids"]) for e in examples)
@@ -318,10 +324,32 @@ class PaddingCollator:
                  "labels": torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)}
         for row, example in enumerate(examples):
             n = len(example["input_ids"])
-            batch["input_ids"][row, :n] = torch.as_tensor(example["input_ids"])
-            batch["attention_mask"][row, :n] = 1
-            batch["labels"][row, :n] = torch.as_tensor(example["labels"])
+            where = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
+            batch["input_ids"][row, where] = torch.as_tensor(example["input_ids"])
+            batch["attention_mask"][row, where] = 1
+            batch["labels"][row, where] = torch.as_tensor(example["labels"])
         return batch
+
+
+@dataclass
+class PaddingFreeCollator:
+    """Concatenates a batch into one row with no padding at all (TRL calls this padding-free).
+
+    position_ids restart at every example, and from them transformers builds a block-diagonal causal
+    mask (sdpa, eager) or varlen boundaries (flash attention), so no example attends to another. Each
+    example's first label is masked, since it would be predicted from the previous example. The model
+    also gets logits_to_keep, the positions whose next token is trained, and shift_labels, those
+    targets: the LM head and the loss then run only where there is something to learn.
+    """
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        input_ids = [token for e in examples for token in e["input_ids"]]
+        labels = [label for e in examples for label in [IGNORE_INDEX, *e["labels"][1:]]]
+        positions = [p for e in examples for p in range(len(e["input_ids"]))]
+        targets = torch.tensor(labels[1:] + [IGNORE_INDEX])
+        keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+        return {"input_ids": torch.tensor([input_ids]), "position_ids": torch.tensor([positions]),
+                "labels": torch.tensor([labels]), "logits_to_keep": keep, "shift_labels": targets[keep][None]}
 
 
 def default_output_dir(train_files) -> str:

@@ -21,7 +21,7 @@ import yaml
 from transformers import AutoModelForCausalLM, EarlyStoppingCallback, Trainer
 
 from args import ChatTrainingArguments, DataArguments, ModelArguments, non_default_fields, parse_args
-from data_prep import PaddingCollator, load_tokenizer, prepare_dataset, turn_end_token_ids
+from data_prep import PaddingCollator, PaddingFreeCollator, load_tokenizer, prepare_dataset, turn_end_token_ids
 from embedded_model import resolve_model_path
 
 
@@ -46,13 +46,19 @@ def load_model(model_args: ModelArguments, tokenizer):
     return model
 
 
+def collator_for(data_args: DataArguments, training_args: ChatTrainingArguments, tokenizer):
+    if training_args.padding_free:
+        return PaddingFreeCollator()
+    return PaddingCollator(tokenizer.pad_token_id, data_args.pad_to_multiple_of)
+
+
 def build_trainer(model_args, data_args, training_args, tokenizer, dataset) -> Trainer:
     callbacks = []
     if training_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(training_args.early_stopping_patience))
     return Trainer(model=load_model(model_args, tokenizer), args=training_args,
                    train_dataset=dataset["train"], eval_dataset=dataset.get("validation"),
-                   data_collator=PaddingCollator(tokenizer.pad_token_id, data_args.pad_to_multiple_of),
+                   data_collator=collator_for(data_args, training_args, tokenizer),
                    processing_class=tokenizer, callbacks=callbacks)
 
 
@@ -80,7 +86,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: Ch
     trainer.save_metrics("train", metrics)
     if has_eval:
         eval_metrics = trainer.evaluate()
-        trainer.save_metrics("eval", eval_metrics)
+        trainer.save_metrics("trainer_eval", eval_metrics)  # eval_results.json is evaluate_model.py's
         metrics.update(eval_metrics)
     if trainer.is_world_process_zero():
         resolved = {**non_default_fields(model_args), **non_default_fields(data_args),

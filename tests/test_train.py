@@ -47,7 +47,7 @@ def test_main_writes_a_complete_output_folder(tiny_model_dir, chat_files, tmp_pa
     metrics = run_main(tiny_args(tiny_model_dir, chat_files, out, "--per_device_train_batch_size", 4))
     for name in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja",
                  "generation_config.json", "recipe.yaml", "data_report.json", "trainer_state.json",
-                 "all_results.json", "train_results.json", "eval_results.json"):
+                 "all_results.json", "train_results.json", "trainer_eval_results.json"):
         assert (out / name).is_file(), name
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_loss"] == metrics["eval_loss"]
