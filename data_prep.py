@@ -72,6 +72,11 @@ def assistant_char_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int,
     conversation rendered up to that message ends; both must be exact prefixes of the whole rendering.
     """
     text = render(tokenizer, messages)
+    return text, _spans_from_pieces(tokenizer, messages, text) or _spans_from_prefixes(tokenizer, messages, text)
+
+
+def _spans_from_prefixes(tokenizer, messages, text: str) -> list[tuple[int, int, int]]:
+    """Render every prefix: exact for any template, but quadratic in the number of turns."""
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -82,7 +87,40 @@ def assistant_char_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int,
             raise TemplateMismatch(f"message {i + 1}: the chat template does not render the conversation "
                                    "prefix as a prefix of the whole conversation")
         spans.append((i, len(prompt), len(turn)))
-    return text, spans
+    return spans
+
+
+def _spans_from_pieces(tokenizer, messages, text: str) -> list[tuple[int, int, int]] | None:
+    """The same spans in linear time, or None when the template is not a plain concatenation of turns.
+
+    Each message's piece is what it adds after its predecessor (two-message renders); the pieces must
+    join into the whole rendering exactly, each reply's piece must open with the generation prompt, and
+    the last reply's prompt is checked against a real prefix render. Anything else falls back.
+    """
+    try:
+        pieces = [render(tokenizer, messages[:1])]
+        for k in range(1, len(messages)):
+            before, both = render(tokenizer, messages[k - 1:k]), render(tokenizer, messages[k - 1:k + 1])
+            if not both.startswith(before):
+                return None
+            pieces.append(both[len(before):])
+        plain = render(tokenizer, messages[:1])
+        generation_prompt = render(tokenizer, messages[:1], add_generation_prompt=True)[len(plain):]
+    except Exception:  # a template may reject a window (role-alternation checks): use the exact path
+        return None
+    if "".join(pieces) != text:
+        return None
+    spans, end = [], 0
+    for i, piece in enumerate(pieces):
+        start, end = end, end + len(piece)
+        if messages[i]["role"] == "assistant":
+            if not piece.startswith(generation_prompt):
+                return None
+            spans.append((i, start + len(generation_prompt), end))
+    last, reply_start, _ = spans[-1]
+    if render(tokenizer, messages[:last], add_generation_prompt=True) != text[:reply_start]:
+        return None
+    return spans
 
 
 def encode(tokenizer, messages, train_on: str = "all") -> dict:

@@ -227,3 +227,24 @@ def test_validation_split_is_deterministic_given_the_seed(tokenizer, tmp_path):
     assert {name: len(split) for name, split in first.items()} == {"train": 15, "validation": 5}
     assert first["validation"]["input_ids"] == second["validation"]["input_ids"]
     assert not set(map(tuple, first["validation"]["input_ids"])) & set(map(tuple, first["train"]["input_ids"]))
+
+
+def test_linear_span_finder_agrees_with_rendering_every_prefix(tokenizer):
+    from data_prep import _spans_from_pieces, _spans_from_prefixes, render
+
+    for conversation in (MULTI_TURN, MULTI_TURN[1:], messages(("user", "a\n"), ("assistant", " b "),
+                                                              ("user", "c"), ("assistant", "d\n\n"))):
+        text = render(tokenizer, conversation)
+        fast = _spans_from_pieces(tokenizer, conversation, text)
+        assert fast is not None  # SmolLM2's template is a plain concatenation of turns
+        assert fast == _spans_from_prefixes(tokenizer, conversation, text)
+
+
+def test_linear_span_finder_declines_templates_that_depend_on_position(tokenizer, tmp_path):
+    from data_prep import _spans_from_pieces, render
+
+    tokenizer.save_pretrained(tmp_path)
+    odd = load_tokenizer(str(tmp_path))
+    odd.chat_template = ("{% for m in messages %}{{ m['content'] }}{% if not loop.last %};{% endif %}{% endfor %}"
+                         "{% if add_generation_prompt %}>{% endif %}")
+    assert _spans_from_pieces(odd, MULTI_TURN, render(odd, MULTI_TURN)) is None
