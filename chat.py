@@ -19,9 +19,9 @@ import torch
 from transformers import AutoModelForCausalLM, TextStreamer
 
 from args import parse_args
-from data_prep import drop_oldest_exchanges, load_tokenizer, render, turn_end_token_ids
+from data_prep import drop_oldest_exchanges, load_tokenizer, render
 from embedded_model import resolve_model_path
-from evaluate_model import recipe_of
+from evaluate_model import generation_autocast, generation_kwargs, recipe_of
 
 
 @dataclass
@@ -30,6 +30,7 @@ class ChatArguments:
     system: str | None = field(default=None, metadata={"help": "System prompt. Default: the recipe's system_prompt."})
     prompt: str | None = field(default=None, metadata={"help": "Answer this once and exit."})
     max_new_tokens: int = field(default=256, metadata={"help": "Longest reply, in tokens."})
+    repetition_penalty: float = field(default=1.1, metadata={"help": "Penalty on repeated tokens (1.0: none)."})
     max_length: int | None = field(
         default=None, metadata={"help": "Context budget in tokens. Default: the recipe's max_length, else 2048."})
 
@@ -49,9 +50,8 @@ def reply(model, tokenizer, messages: list[dict], args: ChatArguments, budget: i
     """Stream the assistant's reply to stdout; returns it and the conversation that was kept."""
     text, kept = prompt_within(tokenizer, messages, budget - args.max_new_tokens)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False,
-                                eos_token_id=turn_end_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+    with torch.no_grad(), generation_autocast(model):
+        output = model.generate(**inputs, **generation_kwargs(tokenizer, args.max_new_tokens, args.repetition_penalty),
                                 streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
     return answer, kept + [{"role": "assistant", "content": answer}]

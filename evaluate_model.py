@@ -5,7 +5,7 @@
     make eval RECIPE=customer_service
 
 Measures response-only loss and perplexity with exactly the training masks, then greedy generations
-scored by chrF and ROUGE-L (local `evaluate` modules in metrics/), the stop rate (replies that end with
+(repetition penalty 1.1, bf16 autocast where the hardware has it) scored by chrF and ROUGE-L (local `evaluate` modules in metrics/), the stop rate (replies that end with
 the end-of-turn token within the budget) and reply lengths. Writes eval_results.json, report.md,
 report.html and loss.png into the output folder.
 """
@@ -39,7 +39,11 @@ class EvalArguments:
         default_factory=list, metadata={"help": "Held-out dialogue files. Default: validation_files of its recipe."})
     max_samples: int = field(default=50, metadata={"help": "Held-out conversations to generate replies for."})
     max_new_tokens: int = field(default=192, metadata={"help": "Token budget of each generated reply."})
-    batch_size: int = field(default=8, metadata={"help": "Conversations per forward pass."})
+    repetition_penalty: float = field(
+        default=1.1, metadata={"help": "Greedy decoding with this penalty on repeated tokens (1.0: none); "
+                                       "small models otherwise loop instead of ending their turn."})
+    batch_size: int = field(default=8, metadata={"help": "Conversations per forward pass for the loss."})
+    generation_batch_size: int = field(default=25, metadata={"help": "Prompts generated together."})
 
 
 def response_loss(model, examples, batch_size: int, pad_token_id: int, padding_side: str = "right") -> dict:
@@ -47,7 +51,7 @@ def response_loss(model, examples, batch_size: int, pad_token_id: int, padding_s
     collate = PaddingCollator(pad_token_id, padding_side=padding_side)
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size])
+        batch = {k: v.to(model.device) for k, v in collate(examples[start:start + batch_size]).items()}
         # Positions count real tokens only, so a left-padded row sees the same positions as a right-padded one.
         positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
@@ -61,19 +65,31 @@ def response_loss(model, examples, batch_size: int, pad_token_id: int, padding_s
     return {"response_loss": loss, "perplexity": math.exp(loss), "response_tokens": count}
 
 
-def generate_replies(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[dict]:
+def generation_kwargs(tokenizer, max_new_tokens: int, repetition_penalty: float) -> dict:
+    """Greedy decoding that stops at the end of the assistant turn: the same for evaluation and chat."""
+    return {"max_new_tokens": max_new_tokens, "do_sample": False, "repetition_penalty": repetition_penalty,
+            "eos_token_id": turn_end_token_ids(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+
+
+def generation_autocast(model):
+    """bf16 autocast where the hardware has it (deterministic still); losses stay in float32."""
+    device = model.device.type
+    supported = torch.cuda.is_bf16_supported() if device == "cuda" else torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=supported)
+
+
+def generate_replies(model, tokenizer, prompts: list[str], args: EvalArguments) -> list[dict]:
     """Greedy replies: text up to the end-of-turn token, token count, and whether it stopped in budget."""
-    stop_ids = turn_end_token_ids(tokenizer)
+    kwargs = generation_kwargs(tokenizer, args.max_new_tokens, args.repetition_penalty)
     tokenizer.padding_side = "left"
     replies = []
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=False)
-        with torch.no_grad():
-            output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                    eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
+    for start in range(0, len(prompts), args.generation_batch_size):
+        batch = tokenizer(prompts[start:start + args.generation_batch_size], return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(model.device)
+        with torch.no_grad(), generation_autocast(model):
+            output = model.generate(**batch, **kwargs)
         for row in output[:, batch["input_ids"].shape[1]:].tolist():
-            end = next((i for i, token in enumerate(row) if token in stop_ids), None)
+            end = next((i for i, token in enumerate(row) if token in kwargs["eos_token_id"]), None)
             kept = row if end is None else row[:end + 1]
             replies.append({"text": tokenizer.decode(kept, skip_special_tokens=True).strip(),
                             "tokens": len(kept), "stopped": end is not None})
@@ -99,11 +115,11 @@ def held_out_conversations(files, data_args: DataArguments, tokenizer) -> list[d
 
 def model_scores(model_path: str, tokenizer, items, args: EvalArguments) -> tuple[dict, list[dict]]:
     """Loss, perplexity, chrF, ROUGE-L, stop rate and lengths of one model on the held-out items."""
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_path), dtype=torch.float32).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_path), dtype=torch.float32).to(device).eval()
     scores = response_loss(model, [i["example"] for i in items], args.batch_size, tokenizer.pad_token_id)
     sampled = items[:args.max_samples]
-    replies = generate_replies(model, tokenizer, [i["prompt"] for i in sampled], args.max_new_tokens,
-                               args.batch_size)
+    replies = generate_replies(model, tokenizer, [i["prompt"] for i in sampled], args)
     predictions, references = [r["text"] for r in replies], [i["reference"] for i in sampled]
     scores["chrf"] = evaluate.load(str(REPO / "metrics" / "chrf")).compute(
         predictions=predictions, references=references)["score"]
