@@ -40,6 +40,10 @@ eval: setup
 chat: setup
 	$(PY) chat.py $(OUTPUT) $(ARGS)
 
+bench: setup data/customer_service/train.jsonl
+	$(PY) -m pip install -q -r requirements-bench.txt
+	$(PY) benchmarks/throughput.py $(ARGS)
+
 test: setup
 	$(PY) -m pytest -q tests
 
