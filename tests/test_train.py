@@ -78,6 +78,15 @@ def test_resume_from_checkpoint_continues_where_it_stopped(tiny_model_dir, chat_
     assert logged_losses(resumed)[-2:] == pytest.approx(logged_losses(straight)[-2:], rel=1e-5)
 
 
+def test_accumulation_and_checkpointing_match_the_same_global_batch(tiny_model_dir, chat_files, tmp_path):
+    whole = tmp_path / "whole"
+    run_main(tiny_args(tiny_model_dir, chat_files, whole, "--per_device_train_batch_size", 4))
+    accumulated = tmp_path / "accumulated"
+    run_main(tiny_args(tiny_model_dir, chat_files, accumulated, "--per_device_train_batch_size", 2,
+                       "--gradient_accumulation_steps", 2, "--gradient_checkpointing", "true"))
+    assert logged_losses(accumulated) == pytest.approx(logged_losses(whole), rel=1e-4)
+
+
 def test_every_recipe_parses_into_the_argument_dataclasses():
     recipes = sorted((REPO / "recipes").glob("*/*.yaml"))
     recipes = [r for r in recipes if r.parent.name != "accelerate"]
