@@ -83,7 +83,7 @@ def test_accumulation_and_checkpointing_match_the_same_global_batch(tiny_model_d
     run_main(tiny_args(tiny_model_dir, chat_files, whole, "--per_device_train_batch_size", 4))
     accumulated = tmp_path / "accumulated"
     run_main(tiny_args(tiny_model_dir, chat_files, accumulated, "--per_device_train_batch_size", 2,
-                       "--gradient_accumulation_steps", 2, "--gradient_checkpointing", "true"))
+                       "--gradient_accumulation_steps", 2, "--activation_checkpointing", "true"))
     assert logged_losses(accumulated) == pytest.approx(logged_losses(whole), rel=1e-4)
 
 
