@@ -195,29 +195,32 @@ def drop_oldest_exchanges(messages, count: int) -> list:
     return system + list(messages[users[count]:]) if count < len(users) else system
 
 
+def example_outcome(tokenizer, messages, error: str | None, train_on: str, max_length: int) -> dict:
+    """One record's tokens and what happened to it: invalid, dropped (with the reason) or kept, truncated or not."""
+    encoded, reason, turns_dropped = None, None, 0
+    if error is None:
+        try:
+            encoded, reason, turns_dropped = encode_within(tokenizer, messages, train_on, max_length)
+        except TemplateMismatch as mismatch:
+            error = str(mismatch)
+    supervised = sum(label != IGNORE_INDEX for label in encoded["labels"]) if encoded else 0
+    if error:
+        dropped = "invalid"
+    elif encoded is None:
+        dropped = reason
+    else:
+        dropped = None if supervised else "no_trained_tokens"
+    kept = dropped is None
+    return {"input_ids": encoded["input_ids"] if kept else [], "labels": encoded["labels"] if kept else [],
+            "error": error, "dropped": dropped, "truncated": reason if kept else None,
+            "turns_dropped": turns_dropped if kept else 0, "length": len(encoded["input_ids"]) if kept else 0,
+            "supervised": supervised if kept else 0}
+
+
 def _tokenize_rows(batch: dict, tokenizer, train_on: str, max_length: int) -> dict:
-    out = {key: [] for key in ("input_ids", "labels", "error", "dropped", "truncated", "turns_dropped",
-                               "length", "supervised")}
-    for source, messages, error in zip(batch["source"], batch["messages"], batch["error"]):
-        encoded, reason, turns_dropped = None, None, 0
-        if error is None:
-            try:
-                encoded, reason, turns_dropped = encode_within(tokenizer, messages, train_on, max_length)
-            except TemplateMismatch as mismatch:
-                error = str(mismatch)
-        supervised = sum(label != IGNORE_INDEX for label in encoded["labels"]) if encoded else 0
-        dropped = "invalid" if error else (reason if encoded is None else None)
-        if encoded is not None and supervised == 0:
-            dropped = "no_trained_tokens"
-        out["input_ids"].append(encoded["input_ids"] if encoded else [])
-        out["labels"].append(encoded["labels"] if encoded else [])
-        out["error"].append(error)
-        out["dropped"].append(dropped)
-        out["truncated"].append(reason if encoded is not None else None)
-        out["turns_dropped"].append(turns_dropped if encoded is not None else 0)
-        out["length"].append(len(encoded["input_ids"]) if encoded else 0)
-        out["supervised"].append(supervised)
-    return out
+    outcomes = [example_outcome(tokenizer, messages, error, train_on, max_length)
+                for messages, error in zip(batch["messages"], batch["error"])]
+    return {key: [outcome[key] for outcome in outcomes] for key in outcomes[0]}
 
 
 def _file_stamps(paths) -> list[str]:
@@ -256,7 +259,6 @@ def split_report(rows: datasets.Dataset) -> dict:
     """Counts that add up: records_read == kept + sum(dropped.values())."""
     dropped, truncated = _counts(rows["dropped"]), _counts(rows["truncated"])
     kept_lengths = sorted(n for n, d in zip(rows["length"], rows["dropped"]) if d is None)
-    kept_supervised = sum(n for n, d in zip(rows["supervised"], rows["dropped"]) if d is None)
     return {
         "records_read": len(rows),
         "kept": len(kept_lengths),
@@ -264,7 +266,7 @@ def split_report(rows: datasets.Dataset) -> dict:
         "truncated": truncated,
         "turns_dropped": sum(rows["turns_dropped"]),
         "tokens": sum(kept_lengths),
-        "supervised_tokens": kept_supervised,
+        "supervised_tokens": sum(rows["supervised"]),
         "length_percentiles": {f"p{q}": _percentile(kept_lengths, q) for q in (50, 90, 99, 100)},
     }
 

@@ -248,3 +248,13 @@ def test_linear_span_finder_declines_templates_that_depend_on_position(tokenizer
     odd.chat_template = ("{% for m in messages %}{{ m['content'] }}{% if not loop.last %};{% endif %}{% endfor %}"
                          "{% if add_generation_prompt %}>{% endif %}")
     assert _spans_from_pieces(odd, MULTI_TURN, render(odd, MULTI_TURN)) is None
+
+
+def test_example_dropped_after_truncation_counts_as_dropped_not_truncated(tokenizer):
+    from data_prep import example_outcome
+
+    untrained_last = messages(("user", "Hi"), ("assistant", "Hello!"), ("user", "Bye"), ("assistant", "Ciao."),
+                              weights=[0, 1, 0, 0])
+    outcome = example_outcome(tokenizer, untrained_last, None, "all", max_length=37)
+    assert (outcome["dropped"], outcome["truncated"], outcome["turns_dropped"]) == ("no_trained_tokens", None, 0)
+    assert outcome["input_ids"] == [] and outcome["supervised"] == 0
