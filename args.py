@@ -120,7 +120,7 @@ def _recipe_argv(path: str, parser: HfArgumentParser) -> list[str]:
                          f"{', '.join(t.__name__ for t in parser.dataclass_types)}")
     argv = []
     for key, value in recipe.items():
-        if value is None:
+        if value is None or value == []:  # the field's default
             continue
         values = value if isinstance(value, list) else [value]
         argv += [f"--{key}", *(_flag_value(v) for v in values)]

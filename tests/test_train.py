@@ -55,6 +55,9 @@ def test_main_writes_a_complete_output_folder(tiny_model_dir, chat_files, tmp_pa
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [2]  # <|im_end|>
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert recipe["max_steps"] == 4 and recipe["learning_rate"] == 1.0e-3
+    rerun = parse_args(TYPES, [str(out / "recipe.yaml")])  # the resolved recipe runs again as it is
+    assert (rerun[0].model_name_or_path, rerun[1].train_files, rerun[2].max_steps) == (
+        str(tiny_model_dir), [str(chat_files[0])], 4)
     assert json.loads((out / "data_report.json").read_text())["train"]["kept"] == 24
 
 
