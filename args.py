@@ -30,7 +30,9 @@ class ModelArguments:
                           "converted from its GGUF on first use."},
     )
     attn_implementation: str = field(
-        default="sdpa", metadata={"help": "Attention kernel: sdpa, eager, flash_attention_2, ..."})
+        default="sdpa_varlen",
+        metadata={"help": "Attention kernel: sdpa_varlen (attention.py: per example in padding-free rows, "
+                          "sdpa otherwise), sdpa, eager, flash_attention_2, ..."})
 
 
 @dataclass

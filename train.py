@@ -20,6 +20,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, EarlyStoppingCallback, Trainer
 
+import attention  # noqa: F401  (registers the sdpa_varlen attention implementation)
 from args import ChatTrainingArguments, DataArguments, ModelArguments, non_default_fields, parse_args
 from data_prep import PaddingCollator, PaddingFreeCollator, load_tokenizer, prepare_dataset, turn_end_token_ids
 from embedded_model import resolve_model_path

@@ -26,7 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-CHATTUNE_CONFIGS = {"bf16": ["--bf16", "true"], "bf16-padded": ["--bf16", "true", "--padding_free", "false"],
+CHATTUNE_CONFIGS = {"bf16": ["--bf16", "true"],
+                    "bf16-sdpa": ["--bf16", "true", "--attn_implementation", "sdpa"],
+                    "bf16-padded": ["--bf16", "true", "--padding_free", "false", "--attn_implementation", "sdpa"],
                     "fp32": []}
 TRL_CONFIGS = {"fp32": {}, "bf16": {"bf16": True}, "bf16+packing": {"bf16": True, "packing": True},
                "fp32+packing": {"packing": True}}
@@ -44,8 +46,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=5e-5)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--chattune_configs", default="bf16,bf16-padded", help=f"of {','.join(CHATTUNE_CONFIGS)}")
-    parser.add_argument("--trl_configs", default="bf16,fp32", help=f"of {','.join(TRL_CONFIGS)}")
+    parser.add_argument("--chattune_configs", default="bf16,bf16-sdpa,bf16-padded", help=f"of {','.join(CHATTUNE_CONFIGS)}")
+    parser.add_argument("--trl_configs", default="bf16,bf16+packing", help=f"of {','.join(TRL_CONFIGS)}")
     parser.add_argument("--run", default=None, help=argparse.SUPPRESS)  # internal: one run in this process
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     return parser.parse_args()

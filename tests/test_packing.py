@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import attention
 from data_prep import PaddingFreeCollator
 
 M = -100
@@ -36,7 +37,7 @@ def loss_and_grads(model, batch, num_items):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager", "sdpa_varlen"])
 def test_packed_loss_and_gradients_equal_one_by_one(tiny_model_dir, attn_implementation):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn_implementation,
                                                  dtype=torch.float32)
@@ -58,3 +59,13 @@ def test_packed_loss_and_gradients_equal_one_by_one(tiny_model_dir, attn_impleme
     leaky = collate(EXAMPLES)
     leaky["position_ids"] = torch.arange(leaky["input_ids"].shape[1])[None]
     assert loss_and_grads(model, leaky, total)[0] != pytest.approx(float(single_loss), rel=1e-3)
+
+
+def test_sdpa_varlen_splits_the_row_and_never_falls_back_on_packed_rows(tiny_model_dir):
+    from unittest import mock
+
+    assert attention.example_bounds(torch.tensor([[0, 1, 2, 0, 1, 0]])) == [0, 3, 5, 6]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa_varlen")
+    model.config.use_cache = False
+    with mock.patch.object(attention, "sdpa_attention_forward", side_effect=AssertionError("fell back")):
+        assert torch.isfinite(model(**PaddingFreeCollator()(EXAMPLES)).loss)
