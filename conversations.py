@@ -9,7 +9,8 @@ Accepted record shapes (detected per line unless forced):
     {"context": str | [user, assistant, ..., user], "response": str}
     {"prompt": ..., "completion": ...}
     {"instruction": ..., "input": ..., "output": ...}                                            Alpaca
-The simple shapes may carry a "system" string; field_map renames other keys onto these (q=prompt a=completion). A bad record never raises: its row carries the reason.
+The simple shapes may carry a "system" string; field_map renames other keys onto these (q=prompt
+a=completion). A bad record never raises: its row carries the reason.
 """
 
 from __future__ import annotations

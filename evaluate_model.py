@@ -5,8 +5,9 @@
     make eval RECIPE=customer_service
 
 Measures response-only loss and perplexity with exactly the training masks, then greedy generations
-(repetition penalty 1.1, bf16 autocast where the hardware has it) scored by chrF and ROUGE-L (local `evaluate` modules in metrics/), the stop rate (replies that end with
-the end-of-turn token within the budget) and reply lengths. Writes eval_results.json, report.md,
+(repetition penalty 1.1, bf16 autocast where the hardware has it) scored by chrF and ROUGE-L (local
+`evaluate` modules in metrics/), the stop rate (replies that end with the end-of-turn token within the
+budget) and reply lengths. Writes eval_results.json, report.md,
 report.html and loss.png into the output folder.
 """
 

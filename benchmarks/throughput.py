@@ -46,7 +46,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=5e-5)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--chattune_configs", default="bf16,bf16-sdpa,bf16-padded", help=f"of {','.join(CHATTUNE_CONFIGS)}")
+    parser.add_argument("--chattune_configs", default="bf16,bf16-sdpa,bf16-padded",
+                        help=f"of {','.join(CHATTUNE_CONFIGS)}")
     parser.add_argument("--trl_configs", default="bf16,bf16+packing", help=f"of {','.join(TRL_CONFIGS)}")
     parser.add_argument("--run", default=None, help=argparse.SUPPRESS)  # internal: one run in this process
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
@@ -155,8 +156,7 @@ def held_out_loss(model, tokenizer, held_out_file) -> float:
 
     model.eval()
     items = held_out_conversations([str(held_out_file)], DataArguments(), tokenizer)
-    with_device = [i["example"] for i in items]
-    return response_loss(model, with_device, 8, tokenizer.pad_token_id)["response_loss"]
+    return response_loss(model, [i["example"] for i in items], 8, tokenizer.pad_token_id)["response_loss"]
 
 
 def one_run(args) -> dict:

@@ -52,7 +52,8 @@ def test_zaragoza_faq_files(tokenizer, name, field_map):
 
 
 def test_chitchat_multi_turn(tokenizer, tmp_path):
-    path = write_jsonl(tmp_path / "chitchat.jsonl", [{"messages": c["messages"]} for c in chitchat_conversations()[:300]])
+    chats = [{"messages": c["messages"]} for c in chitchat_conversations()[:300]]
+    path = write_jsonl(tmp_path / "chitchat.jsonl", chats)
     report = check_supervision(tokenizer, DataArguments(train_files=[str(path)], max_length=2048), 300)
     assert report["dropped"] == {}
     assert report["supervised_tokens"] > 0.3 * report["tokens"]
