@@ -107,7 +107,7 @@ class CountingCollator:
         return batch
 
 
-def chattune_trainer(args, flags, train_file, held_out_file, out):
+def chattune_trainer(args, flags, train_file, out):
     import train
     from args import ChatTrainingArguments, DataArguments, ModelArguments, parse_args
 
@@ -123,7 +123,7 @@ def chattune_trainer(args, flags, train_file, held_out_file, out):
     return train.build_trainer(model_args, data_args, training_args, tokenizer, dataset), tokenizer
 
 
-def trl_trainer(args, options, train_file, held_out_file, out):
+def trl_trainer(args, options, train_file, out):
     import datasets
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
@@ -168,9 +168,9 @@ def one_run(args) -> dict:
     system, config = args.run.split(":", 1)
     out = workdir / f"{system}-{config}"
     if system == "chattune":
-        trainer, tokenizer = chattune_trainer(args, CHATTUNE_CONFIGS[config], train_file, held_out_file, out)
+        trainer, tokenizer = chattune_trainer(args, CHATTUNE_CONFIGS[config], train_file, out)
     else:
-        trainer, tokenizer = trl_trainer(args, TRL_CONFIGS[config], train_file, held_out_file, out)
+        trainer, tokenizer = trl_trainer(args, TRL_CONFIGS[config], train_file, out)
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     if args.device == "cuda":
@@ -190,8 +190,7 @@ def one_run(args) -> dict:
 
 
 def run_subprocess(args, run: str, workdir: Path) -> dict:
-    command = [sys.executable, __file__, "--run", run, "--workdir", str(workdir)] + [
-        a for a in sys.argv[1:]]
+    command = [sys.executable, __file__, "--run", run, "--workdir", str(workdir), *sys.argv[1:]]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     if result.returncode != 0:
