@@ -104,8 +104,7 @@ def _spans_from_pieces(tokenizer, messages, text: str) -> list[tuple[int, int, i
             if not both.startswith(before):
                 return None
             pieces.append(both[len(before):])
-        plain = render(tokenizer, messages[:1])
-        generation_prompt = render(tokenizer, messages[:1], add_generation_prompt=True)[len(plain):]
+        generation_prompt = render(tokenizer, messages[:1], add_generation_prompt=True)[len(pieces[0]):]
     except Exception:  # a template may reject a window (role-alternation checks): use the exact path
         return None
     if "".join(pieces) != text:
